@@ -79,6 +79,14 @@ pub fn run(args: &InspectArgs) -> Result<()> {
             original_max_position_embeddings,
             ..
         } => format!("llama3 x{factor} from {original_max_position_embeddings} positions"),
+        RopeScaling::FrequencyFactors { factors } => {
+            let smallest = factors.iter().copied().fold(f64::INFINITY, f64::min);
+            let largest = factors.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            format!(
+                "per-frequency x{smallest} to x{largest} over {} frequencies",
+                factors.len()
+            )
+        }
     };
     let loaded = if args.load {
         Some(load_and_run(

@@ -100,6 +100,13 @@ pub enum RopeScaling {
         high_freq_factor: f64,
         original_max_position_embeddings: f64,
     },
+    /// One divisor per rotary frequency pair: inverse frequency `i` is divided
+    /// by `factors[i]`, so the vector has `head_dim / 2` entries. llama.cpp
+    /// stores Llama-3.1 scaling this way, as the `rope_freqs.weight` tensor
+    /// of a GGUF file.
+    FrequencyFactors {
+        factors: Vec<f64>,
+    },
 }
 
 /// Rotary embedding settings.

@@ -6,7 +6,10 @@
 //! code as HF checkpoints, so both paths configure a model identically.
 //! llama.cpp's converter permutes the rows of the query and key projections of
 //! Llama-architecture models (it interleaves the two rotary halves of each
-//! head); loading undoes that permutation.
+//! head); loading undoes that permutation. Llama-3.1 rope scaling is not in
+//! the metadata: the converter stores it as one divisor per rotary frequency
+//! in the tensor `rope_freqs.weight`, which becomes
+//! [`RopeScaling::FrequencyFactors`].
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -16,11 +19,15 @@ use ihs_gguf::{GgmlType, GgufFile, MetadataValue};
 use serde_json::{json, Map, Value};
 use tch::{Device, Kind, Tensor};
 
-use crate::config::ModelConfig;
+use crate::config::{ModelConfig, RopeScaling};
 use crate::error::{ModelError, Result};
 
 /// GGUF `general.architecture` values this crate loads.
 pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama"];
+
+/// The tensor of per-frequency rope divisors that llama.cpp's converter
+/// writes for Llama-3.1 (`rope_type` "llama3") checkpoints.
+pub const ROPE_FREQS_TENSOR: &str = "rope_freqs.weight";
 
 /// Opens a GGUF file, returning an error that names the path.
 pub fn open(path: &Path) -> Result<GgufFile> {
@@ -34,7 +41,9 @@ fn gguf_error(path: &Path, error: &ihs_gguf::GgufError) -> ModelError {
     }
 }
 
-/// Maps the GGUF metadata to an HF `config.json` object.
+/// Maps the GGUF metadata to an HF `config.json` object. The rope divisors
+/// in the tensor `rope_freqs.weight` are not metadata, so [`config()`] adds
+/// them to the parsed config.
 pub fn hf_config_json(file: &GgufFile, path: &Path) -> Result<Value> {
     let err = |e: ihs_gguf::GgufError| gguf_error(path, &e);
     let architecture = file.get_str("general.architecture").map_err(err)?;
@@ -95,17 +104,6 @@ pub fn hf_config_json(file: &GgufFile, path: &Path) -> Result<Value> {
             );
         }
     }
-    if file.tensor("rope_freqs.weight").is_ok() {
-        // Llama-3.1 GGUF files store their rope scaling as precomputed
-        // frequency factors, which this loader does not read yet.
-        return Err(ModelError::Gguf {
-            path: path.to_path_buf(),
-            message:
-                "the file stores rope_freqs.weight (Llama-3.1 rope scaling), which ihs does not \
-                      support for GGUF yet; load the HF safetensors checkpoint instead"
-                    .into(),
-        });
-    }
     if let Some(context) = optional_uint("context_length") {
         config.insert("max_position_embeddings".into(), json!(context));
     }
@@ -123,9 +121,63 @@ pub fn hf_config_json(file: &GgufFile, path: &Path) -> Result<Value> {
     Ok(Value::Object(config))
 }
 
-/// Reads the model config of a GGUF file.
+/// Reads the model config of a GGUF file, with the rope divisors of
+/// `rope_freqs.weight` when the file has that tensor.
 pub fn config(file: &GgufFile, path: &Path) -> Result<ModelConfig> {
-    ModelConfig::from_json(&hf_config_json(file, path)?, path)
+    let mut config = ModelConfig::from_json(&hf_config_json(file, path)?, path)?;
+    if let Some(factors) = rope_frequency_factors(file, path, config.head_dim)? {
+        if config.rope.scaling != RopeScaling::None {
+            return Err(ModelError::Gguf {
+                path: path.to_path_buf(),
+                message: format!(
+                    "the file has both {ROPE_FREQS_TENSOR} and rope scaling {:?} in its metadata; \
+                     ihs applies one or the other, not both",
+                    config.rope.scaling
+                ),
+            });
+        }
+        config.rope.scaling = RopeScaling::FrequencyFactors { factors };
+    }
+    Ok(config)
+}
+
+/// Reads `rope_freqs.weight`: `head_dim / 2` positive divisors, one per
+/// rotary frequency, or `None` when the file has no such tensor.
+fn rope_frequency_factors(
+    file: &GgufFile,
+    path: &Path,
+    head_dim: usize,
+) -> Result<Option<Vec<f64>>> {
+    let Ok(info) = file.tensor(ROPE_FREQS_TENSOR) else {
+        return Ok(None);
+    };
+    let invalid = |message: String| ModelError::Gguf {
+        path: path.to_path_buf(),
+        message,
+    };
+
+    let expected = [head_dim / 2];
+    if info.shape() != expected {
+        return Err(invalid(format!(
+            "{ROPE_FREQS_TENSOR} has shape {:?}, expected {expected:?}: one factor per rotary \
+             frequency of head dimension {head_dim}",
+            info.shape()
+        )));
+    }
+    let values = file
+        .dequantize(ROPE_FREQS_TENSOR)
+        .map_err(|e| gguf_error(path, &e))?;
+    if let Some((index, value)) = values
+        .iter()
+        .enumerate()
+        .find(|(_, value)| !value.is_finite() || **value <= 0.0)
+    {
+        return Err(invalid(format!(
+            "{ROPE_FREQS_TENSOR}[{index}] is {value}; every rope frequency factor must be a \
+             positive finite number"
+        )));
+    }
+    Ok(Some(values.into_iter().map(f64::from).collect()))
 }
 
 /// Names the quantization of the whole file (`general.file_type`).
@@ -329,7 +381,7 @@ mod tests {
             Some("model.embed_tokens.weight")
         );
         assert_eq!(hf_name("blk.x.attn_q.weight"), None);
-        assert_eq!(hf_name("rope_freqs.weight"), None);
+        assert_eq!(hf_name(ROPE_FREQS_TENSOR), None);
     }
 
     #[test]

@@ -8,6 +8,11 @@ use tch::{Device, Kind, Tensor};
 use crate::config::{RopeConfig, RopeScaling};
 
 /// Returns the `[head_dim / 2]` f32 inverse frequencies after scaling.
+///
+/// # Panics
+/// When [`RopeScaling::FrequencyFactors`] contains a number of factors
+/// other than `head_dim / 2`. The GGUF loader checks the count before a
+/// model is built.
 #[must_use]
 pub fn inverse_frequencies(rope: &RopeConfig, head_dim: usize, device: Device) -> Tensor {
     let exponents = Tensor::arange_start_step(0, head_dim as i64, 2, (Kind::Int64, device))
@@ -20,6 +25,18 @@ pub fn inverse_frequencies(rope: &RopeConfig, head_dim: usize, device: Device) -
     match rope.scaling {
         RopeScaling::None => inv_freq,
         RopeScaling::Linear { factor } => inv_freq / factor,
+        RopeScaling::FrequencyFactors { ref factors } => {
+            assert_eq!(
+                factors.len() * 2,
+                head_dim,
+                "rope frequency factors: expected one per rotary pair of head_dim {head_dim}"
+            );
+            // llama.cpp divides each angle by its factor in f32 (`theta / ff`
+            // in ggml's rope cache). Dividing the inverse frequencies instead
+            // gives the same angles up to f32 rounding.
+            let factors: Vec<f32> = factors.iter().map(|&factor| factor as f32).collect();
+            inv_freq / Tensor::from_slice(&factors).to_device(device)
+        }
         RopeScaling::Llama3 {
             factor,
             low_freq_factor,
@@ -110,5 +127,69 @@ mod tests {
         assert_eq!(plain[0], adjusted[0]);
         // The lowest frequency's wavelength exceeds 8192 and is divided by 8.
         assert!((adjusted[63] * 8.0 / plain[63] - 1.0).abs() < 1e-6);
+    }
+
+    /// Divisors as llama.cpp's `convert_hf_to_gguf.py` derives them from the
+    /// llama3 parameters: 1 above the high-frequency cutoff, `factor` below
+    /// the low-frequency cutoff, the reciprocal of HF's blend in between.
+    fn converter_factors(
+        inv_freq: &[f32],
+        factor: f64,
+        low: f64,
+        high: f64,
+        context: f64,
+    ) -> Vec<f64> {
+        inv_freq
+            .iter()
+            .map(|&freq| {
+                let wavelen = 2.0 * PI / f64::from(freq);
+                if wavelen < context / high {
+                    1.0
+                } else if wavelen > context / low {
+                    factor
+                } else {
+                    let smooth = (context / wavelen - low) / (high - low);
+                    1.0 / ((1.0 - smooth) / factor + smooth)
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn frequency_factors_reproduce_llama3_scaling() {
+        let theta = 500_000.0;
+        let plain = RopeConfig {
+            theta,
+            scaling: RopeScaling::None,
+        };
+        let llama3 = RopeConfig {
+            theta,
+            scaling: RopeScaling::Llama3 {
+                factor: 8.0,
+                low_freq_factor: 1.0,
+                high_freq_factor: 4.0,
+                original_max_position_embeddings: 8192.0,
+            },
+        };
+        let base = values(&inverse_frequencies(&plain, 128, Device::Cpu));
+        let factors = converter_factors(&base, 8.0, 1.0, 4.0, 8192.0);
+        // Llama-3.1-8B has high, blended and low frequencies.
+        assert!(factors.iter().any(|&f| f == 1.0));
+        assert!(factors.iter().any(|&f| f > 1.0 && f < 8.0));
+        assert!(factors.iter().any(|&f| f == 8.0));
+
+        let divided = RopeConfig {
+            theta,
+            scaling: RopeScaling::FrequencyFactors { factors },
+        };
+        let want = values(&inverse_frequencies(&llama3, 128, Device::Cpu));
+        let got = values(&inverse_frequencies(&divided, 128, Device::Cpu));
+        for (i, (got, want)) in got.iter().zip(&want).enumerate() {
+            // A few f32 roundings apart: HF multiplies by the blend, this divides.
+            assert!(
+                (got / want - 1.0).abs() < 1e-6,
+                "frequency {i}: {got} vs {want}"
+            );
+        }
     }
 }

@@ -6,13 +6,16 @@
 //! against single ones, and the errors for configs that cannot be loaded.
 //!
 //! Tolerances are those of `parity.rs`, relative to the largest magnitude of
-//! the reference tensor: f32 1e-5, bf16 2e-2, f16 4e-3.
+//! the reference tensor: f32 1e-5, bf16 2e-2, f16 4e-3 on the CPU, wider
+//! with `IHS_TEST_DEVICE=cuda` (see `common::tolerance`).
 
 mod common;
 
 use std::path::Path;
 
-use common::{family_dir, load, max_abs, max_abs_diff, Reference};
+use common::{
+    batch_tolerance, family_dir, load, max_abs, max_abs_diff, options, tolerance, Reference,
+};
 use ihs_model::{
     Batch, BlockLayout, CausalLm, Dtype, Family, ForwardRequest, Graft, GraftTarget, Layers,
     LoadOptions, ModelConfig, ModelError, PaddingSide, Position, TextTokenizer, Weights,
@@ -36,14 +39,6 @@ const FAMILIES: [&str; 10] = [
 
 /// Fixtures whose reference stores the mask HF gave each block (`p0.mask.block{b}`).
 const WINDOWED: [&str; 2] = ["mistral-window", "qwen2-window"];
-
-fn tolerance(dtype: Dtype) -> f64 {
-    match dtype {
-        Dtype::F32 => 1e-5,
-        Dtype::Bf16 => 2e-2,
-        Dtype::F16 => 4e-3,
-    }
-}
 
 fn all_positions() -> ForwardRequest {
     ForwardRequest {
@@ -138,7 +133,7 @@ fn batched_equals_single(family: &str, side: PaddingSide) {
                 .narrow(0, start, ids.len() as i64);
             let diff = relative_diff(&within, &alone);
             assert!(
-                diff <= 1e-5,
+                diff <= batch_tolerance(),
                 "{family} {side:?} row {row} layer {layer}: {diff:.3e}"
             );
         }
@@ -176,7 +171,7 @@ fn load_with(family: &str, edit: impl FnOnce(&mut ModelConfig)) -> CausalLm {
     let mut config = fixture_config(family);
     edit(&mut config);
     let weights = Weights::open_dir(&family_dir(family)).unwrap();
-    CausalLm::from_weights(config, &weights, &LoadOptions::default()).unwrap()
+    CausalLm::from_weights(config, &weights, &options(Dtype::F32)).unwrap()
 }
 
 /// Compares each block's sliding or full mask with the boolean mask HF passed
