@@ -18,9 +18,19 @@ build: setup
 test: setup
     scripts/with-libtorch.sh cargo test --workspace
 
+# On a CUDA machine: install CUDA torch, run the parity tests on the GPU, print throughput.
+gpu-check:
+    scripts/gpu-check.sh
+
 # Run a pipeline; with no argument, the main job on the embedded default model.
 run SPEC="pipelines/default.yaml" *ARGS: build
     target/release/ihs run {{SPEC}} {{ARGS}}
+
+# Benchmark ihs against HF transformers and scikit-learn and rewrite
+# docs/benchmarks.md (`--size full` for every prompt, `--device cuda` on a GPU).
+bench *ARGS: build
+    scripts/setup-bench.sh
+    .venv-bench/bin/python scripts/bench.py run {{ARGS}}
 
 # Show what a pipeline would compute and what is cached.
 plan SPEC="pipelines/default.yaml": build

@@ -5,6 +5,7 @@
 
 mod inspect;
 mod pipeline;
+mod roofline;
 
 use std::process::ExitCode;
 
@@ -57,6 +58,8 @@ enum Command {
     Validate(pipeline::SpecArgs),
     /// Show a model's architecture, sizes and a prompt rendered through its chat template.
     Inspect(inspect::InspectArgs),
+    /// Measure the matmul throughput libtorch reaches on a device (GFLOP/s).
+    Roofline(roofline::RooflineArgs),
 }
 
 fn init_logging(cli: &Cli) {
@@ -84,6 +87,7 @@ fn run(cli: &Cli) -> Result<i32> {
         Command::Clean(args) => pipeline::clean(args),
         Command::Validate(args) => pipeline::validate(args),
         Command::Inspect(args) => inspect::run(args).map(|()| 0),
+        Command::Roofline(args) => roofline::run(args).map(|()| 0),
     }
 }
 

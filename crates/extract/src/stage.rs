@@ -129,13 +129,15 @@ impl Stage for ExtractStage {
             let started = Instant::now();
             let model = CausalLm::load(&path, &load_options(&model_entry)).map_err(failed)?;
             let tokenizer = ihs_model::load_tokenizer(&path).map_err(failed)?;
+            run.load_seconds = started.elapsed().as_secs_f64();
             tracing::info!(
                 model = %model_entry.name,
                 dtype = %model.dtype(),
-                load_s = started.elapsed().as_secs_f64(),
+                load_s = run.load_seconds,
                 shards = pending.len(),
                 "model loaded"
             );
+            run.peak_rss_after_load_mib = take_peak_rss_mib();
             let plan = ShardPlan::new(&model, &section)?;
 
             let bar = ctx.progress_bar(tokens.len() as u64, "prompts");
@@ -161,7 +163,14 @@ impl Stage for ExtractStage {
 struct ExtractRun {
     prompts: usize,
     tokens: usize,
+    load_seconds: f64,
+    /// Forward passes, the states' copy to host memory and their finite check.
     forward_seconds: f64,
+    /// Logit-lens heads and top-k of the stored states.
+    lens_seconds: f64,
+    /// The process's peak RSS up to the end of the model load, set only when
+    /// the kernel's peak tracking was restarted after it.
+    peak_rss_after_load_mib: Option<f64>,
 }
 
 impl ExtractRun {
@@ -172,12 +181,21 @@ impl ExtractRun {
             .with_rows("tokens_computed", self.tokens as u64);
         if self.forward_seconds > 0.0 {
             summary = summary
+                .with_metric("load_seconds", self.load_seconds)
                 .with_metric("forward_seconds", self.forward_seconds)
+                .with_metric("lens_seconds", self.lens_seconds)
                 .with_metric("prompts_per_s", self.prompts as f64 / self.forward_seconds)
                 .with_metric("tokens_per_s", self.tokens as f64 / self.forward_seconds);
         }
-        if let Some(peak) = peak_rss_mib() {
-            summary = summary.with_metric("peak_rss_mib", peak);
+        match (self.peak_rss_after_load_mib, peak_rss_mib()) {
+            (Some(after_load), Some(shards)) => {
+                summary = summary
+                    .with_metric("peak_rss_after_load_mib", after_load)
+                    .with_metric("shards_peak_rss_mib", shards)
+                    .with_metric("peak_rss_mib", after_load.max(shards));
+            }
+            (None, Some(peak)) => summary = summary.with_metric("peak_rss_mib", peak),
+            (_, None) => {}
         }
         summary
     }
@@ -297,7 +315,12 @@ impl ShardPlan {
         }
 
         let lens = match self.lens_top_k {
-            Some(k) => Some(self.lens(model, tokenizer, rows, &states, k)?),
+            Some(k) => {
+                let started = Instant::now();
+                let records = self.lens(model, tokenizer, rows, &states, k)?;
+                run.lens_seconds += started.elapsed().as_secs_f64();
+                Some(records)
+            }
             None => None,
         };
         Ok(ShardOutput {
@@ -519,4 +542,19 @@ fn peak_rss_mib() -> Option<f64> {
         .find_map(|line| line.strip_prefix("VmHWM:"))?;
     let kib: f64 = line.trim().trim_end_matches("kB").trim().parse().ok()?;
     Some(kib / 1024.0)
+}
+
+/// Returns the process's peak resident set size in MiB and restarts the
+/// kernel's peak tracking from the current RSS, so that a later
+/// [`peak_rss_mib`] covers only what follows. Returns `None`, and leaves the
+/// peak as it is, where `/proc/self/clear_refs` does not accept the reset
+/// (Linux before 4.0, other systems).
+///
+/// NOTE: the peak is one per process. An extract node running alongside
+/// (several models on separate devices) reads a peak restarted by this one.
+fn take_peak_rss_mib() -> Option<f64> {
+    let peak = peak_rss_mib()?;
+    // Writing `5` resets the peak to the current RSS (proc_pid_clear_refs(5), Linux 4.0 and newer).
+    std::fs::write("/proc/self/clear_refs", "5").ok()?;
+    Some(peak)
 }
