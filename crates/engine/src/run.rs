@@ -371,11 +371,7 @@ impl Engine {
                     .is_none_or(|outcome| !outcome.is_ready())
             });
             let outcome = if let Some(input) = blocked {
-                NodeOutcome::Skipped {
-                    reason: SkipReason::InputNotReady {
-                        input: input.clone(),
-                    },
-                }
+                blocked_outcome(&state, node, input.clone())
             } else {
                 let assessed = self.assess(node, options.verify);
                 match (&node.key, state.is_selected(&node.id)) {
@@ -464,9 +460,7 @@ fn schedule(state: &RunState<'_>, prepared: &[PreparedNode]) -> Vec<Slot> {
                 }
             }
             if let Some(input) = blocked_by {
-                let outcome = NodeOutcome::Skipped {
-                    reason: SkipReason::InputNotReady { input },
-                };
+                let outcome = blocked_outcome(state, node, input);
                 log_outcome(&node.id, &outcome);
                 slots[index] = Slot::Done(outcome);
                 continue;
@@ -550,6 +544,20 @@ fn log_outcome(id: &NodeId, outcome: &NodeOutcome) {
         }
         NodeOutcome::WouldRun { .. } => {}
     }
+}
+
+/// The outcome of a node whose input `input` is not ready: a failure to
+/// run when the node was selected, otherwise a node left out of this run
+/// (`--only` another stage).
+fn blocked_outcome(state: &RunState<'_>, node: &PreparedNode, input: NodeId) -> NodeOutcome {
+    let reason = if state.is_selected(&node.id) {
+        SkipReason::InputNotReady { input }
+    } else {
+        SkipReason::NotSelected {
+            state: state.engine.assess(node, state.options.verify),
+        }
+    };
+    NodeOutcome::Skipped { reason }
 }
 
 /// Checks the cache for one node and runs it when needed.

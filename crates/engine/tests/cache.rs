@@ -390,6 +390,26 @@ fn only_stage_needs_ready_inputs() {
 }
 
 #[test]
+fn only_upstream_stage_leaves_missing_downstream_unselected() {
+    let fixture = Fixture::new();
+    let options = RunOptions {
+        only: Some("tokenize".to_owned()),
+        ..quiet()
+    };
+    let report = fixture.engine().run(&options).unwrap();
+    assert_eq!(outcomes(&report)["tiny/tokenize"], "ran");
+    // probe's input (extract) is missing too, yet probe was not asked for.
+    let Some(NodeOutcome::Skipped { reason }) = report.outcome(&tiny("probe")) else {
+        panic!("probe should be skipped: {report}");
+    };
+    assert!(
+        matches!(reason, SkipReason::NotSelected { .. }),
+        "probe: {reason}"
+    );
+    assert_eq!(report.exit_code(), exit_code::OK, "{report}");
+}
+
+#[test]
 fn dry_run_writes_nothing() {
     let fixture = Fixture::new();
     let options = RunOptions {
