@@ -80,7 +80,8 @@ setup_torch() {
 }
 
 # Installs the Python packages the tests call (scikit-learn, pyarrow, polars,
-# pandas, DuckDB) into .venv; skipped while the requirements are unchanged.
+# pandas, DuckDB, and nbclient with matplotlib for the notebook) into .venv;
+# skipped while the requirements are unchanged.
 setup_test_packages() {
     local requirements="$root/scripts/requirements-test.txt"
     local python="$venv/bin/python"

@@ -81,7 +81,10 @@ pub fn run(args: &RooflineArgs) -> Result<()> {
             "gflops_min": slowest,
             "gflops_max": fastest,
         });
-        println!("{}", serde_json::to_string(&report).context("writing the report")?);
+        println!(
+            "{}",
+            serde_json::to_string(&report).context("writing the report")?
+        );
     } else {
         println!(
             "{size}x{size} {dtype} matmul on {}: {median:.1} GFLOP/s median \

@@ -1,10 +1,13 @@
-//! The tokenize and extract stages run through the real `ihs` binary on the
-//! embedded default model: resume after SIGKILL, batching, cache reports,
-//! and the Parquet files read back by Python's pyarrow, polars, pandas and
-//! DuckDB.
+//! The pipeline runs through the real `ihs` binary on the embedded default
+//! model. The tests cover resume after SIGKILL, batching, cache reports and
+//! extraction memory over many shards. Python's pyarrow, polars, pandas and
+//! DuckDB read the Parquet files back, and the notebook redraws the charts
+//! of `pipelines/test.yaml` run with every stage. `ihs validate` checks every
+//! spec in `pipelines/`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 const MODEL_NAME: &str = "smollm2";
@@ -62,6 +65,12 @@ fn ihs(args: &[&str]) -> Output {
         .expect("the ihs binary starts")
 }
 
+/// Returns the Python that has the packages of `scripts/requirements-test.txt`:
+/// `IHS_PYTHON`, else the project's `.venv`.
+fn python() -> PathBuf {
+    std::env::var("IHS_PYTHON").map_or_else(|_| repo().join(".venv/bin/python"), PathBuf::from)
+}
+
 fn run_ok(spec: &Path) -> String {
     let output = ihs(&["run", spec.to_str().unwrap()]);
     assert!(
@@ -92,9 +101,21 @@ fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
     found
 }
 
+/// Counts the shard records that are in place. A record is first written
+/// under a hidden temporary name and then renamed, so hidden files are not
+/// committed shards.
 fn committed_shards(out: &Path) -> usize {
     let records = out.join(format!(".ihs/partial/{MODEL_NAME}/extract/shards"));
-    std::fs::read_dir(records).map_or(0, |entries| entries.count())
+    std::fs::read_dir(records).map_or(0, |entries| {
+        entries
+            .filter_map(Result::ok)
+            .filter(|entry| {
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                !name.starts_with('.') && name.ends_with(".json")
+            })
+            .count()
+    })
 }
 
 #[test]
@@ -227,13 +248,10 @@ fn plan_reports_cached_then_stale_after_an_edit() {
 
 #[test]
 fn python_libraries_read_the_outputs() {
-    let dir = temp_dir("python");
-    run_ok(&write_spec(&dir, 4, ""));
-    let python =
-        std::env::var("IHS_PYTHON").map_or_else(|_| repo().join(".venv/bin/python"), PathBuf::from);
+    let python = python();
     let output = Command::new(&python)
         .arg(repo().join("scripts/check_readers.py"))
-        .arg(dir.join(format!("out/{MODEL_NAME}")))
+        .arg(probed_outputs().join(MODEL_NAME))
         .output()
         .unwrap_or_else(|e| {
             panic!(
@@ -265,4 +283,305 @@ fn invalid_spec_exits_with_code_2_and_position() {
         message.contains(":17:"),
         "the message names the line: {message}"
     );
+}
+
+/// The probe tasks of `pipelines/test.yaml` without its multiclass task,
+/// and the aggregate stage, appended to the spec of [`write_spec`].
+const PROBE_AND_AGGREGATE: &str = "probe:\n  tasks:\n\
+    \x20   - {name: harmful, kind: binary, classes: [normal, malicious]}\n\
+    \x20   - {name: jailbreak-transfer, kind: transfer, train_classes: [normal, malicious], \
+    eval_class: jailbreak, eval_label: malicious}\n\
+    aggregate:\n";
+
+/// Runs [`write_spec`] with the probe and aggregate stages once per test
+/// process and returns its output folder. The tests that only read outputs
+/// share it.
+fn probed_outputs() -> &'static Path {
+    static OUTPUTS: OnceLock<PathBuf> = OnceLock::new();
+    OUTPUTS.get_or_init(|| {
+        let dir = temp_dir("probed");
+        run_ok(&write_spec(&dir, 4, PROBE_AND_AGGREGATE));
+        dir.join("out").canonicalize().unwrap()
+    })
+}
+
+/// Executes `notebooks/probe-accuracy.ipynb` through `scripts/run_notebook.py`
+/// on `outputs`, saving the executed notebook to `executed`.
+fn run_notebook(outputs: &Path, executed: &Path) -> Output {
+    let python = python();
+    Command::new(&python)
+        .arg(repo().join("scripts/run_notebook.py"))
+        .arg("--outputs")
+        .arg(outputs)
+        .arg("--save")
+        .arg(executed)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "{} does not start ({e}); run `just setup`",
+                python.display()
+            )
+        })
+}
+
+#[test]
+fn notebook_redraws_aggregate_charts() {
+    let outputs = probed_outputs();
+    let plots = outputs.join("aggregate/plots");
+    let transfer_charts = std::fs::read_dir(&plots)
+        .unwrap()
+        .filter(|entry| {
+            let name = entry.as_ref().unwrap().file_name();
+            let name = name.to_string_lossy();
+            name.starts_with("transfer-") && name.ends_with(".png")
+        })
+        .count();
+    assert!(
+        transfer_charts > 0,
+        "the aggregate stage drew no transfer chart in {}",
+        plots.display()
+    );
+
+    let executed = temp_dir("notebook").join("probe-accuracy.ipynb");
+    let output = run_notebook(outputs, &executed);
+    assert!(
+        output.status.success(),
+        "a cell of the notebook failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let notebook: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&executed).unwrap()).unwrap();
+    let cell_outputs: Vec<&serde_json::Value> = notebook["cells"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|cell| cell["outputs"].as_array())
+        .flatten()
+        .collect();
+    let errors: Vec<&serde_json::Value> = cell_outputs
+        .iter()
+        .copied()
+        .filter(|output| output["output_type"] == "error")
+        .collect();
+    assert!(errors.is_empty(), "cells raised: {errors:?}");
+
+    let printed: String = cell_outputs
+        .iter()
+        .filter(|output| output["output_type"] == "stream")
+        .map(|output| match &output["text"] {
+            serde_json::Value::Array(lines) => lines.iter().filter_map(|l| l.as_str()).collect(),
+            text => text.as_str().unwrap_or_default().to_owned(),
+        })
+        .collect();
+    let aggregate = outputs.join("aggregate");
+    assert!(
+        printed.contains(&format!("reading {}", aggregate.display())),
+        "the notebook did not read {}: {printed}",
+        aggregate.display()
+    );
+    assert!(
+        printed.contains(&format!("1 model(s): {MODEL_NAME}")),
+        "{printed}"
+    );
+
+    // One figure contains the test accuracy of every task and classifier.
+    // Each transfer chart of the aggregate stage has a figure of its own.
+    let figures = cell_outputs
+        .iter()
+        .filter(|output| output["data"].get("image/png").is_some())
+        .count();
+    assert_eq!(figures, 1 + transfer_charts);
+}
+
+#[test]
+fn notebook_fails_without_aggregate_outputs() {
+    let dir = temp_dir("notebook-empty");
+    let output = run_notebook(&dir, &dir.join("executed.ipynb"));
+    assert!(
+        !output.status.success(),
+        "the notebook ran on a folder without aggregate outputs"
+    );
+    let message = String::from_utf8_lossy(&output.stderr);
+    assert!(message.contains("FileNotFoundError"), "{message}");
+    assert!(message.contains("accuracy.parquet"), "{message}");
+}
+
+#[test]
+fn validate_accepts_every_shipped_spec() {
+    // An empty HF cache makes every model given by `id` uncached on any
+    // machine. Output paths are relative to the current directory, so that
+    // is a temporary folder.
+    let dir = temp_dir("validate");
+    let hub_cache = dir.join("hub");
+    std::fs::create_dir_all(&hub_cache).unwrap();
+    let mut specs: Vec<PathBuf> = std::fs::read_dir(repo().join("pipelines"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "yaml"))
+        .collect();
+    specs.sort();
+    assert!(specs.len() > 1, "no specs in pipelines/");
+
+    for spec in &specs {
+        let name = spec.file_name().unwrap().to_string_lossy();
+        let output = Command::new(env!("CARGO_BIN_EXE_ihs"))
+            .arg("validate")
+            .arg("--json")
+            .arg(spec)
+            .current_dir(&dir)
+            .env("RUST_LOG", "warn")
+            .env("HF_HUB_CACHE", &hub_cache)
+            .output()
+            .expect("the ihs binary starts");
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "ihs validate {name}:\n{}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout)
+            .unwrap_or_else(|e| panic!("ihs validate --json {name} printed invalid JSON: {e}"));
+        assert_eq!(report["valid"], true, "{name}: {report}");
+        assert!(
+            report["nodes"]
+                .as_array()
+                .is_some_and(|nodes| !nodes.is_empty()),
+            "{name} has no nodes: {report}"
+        );
+
+        // Every spec in pipelines/ gives its models as `- id: org/name`
+        // list items or by `path`.
+        let hub_ids: Vec<String> = std::fs::read_to_string(spec)
+            .unwrap()
+            .lines()
+            .filter_map(|line| line.trim_start().strip_prefix("- id:"))
+            .map(|id| id.trim().to_owned())
+            .collect();
+        let warnings: Vec<&str> = report["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|warning| warning.as_str().unwrap())
+            .collect();
+        assert_eq!(
+            warnings.len(),
+            hub_ids.len(),
+            "{name}: expected one warning per model given by id ({hub_ids:?}), found {warnings:#?}"
+        );
+        for id in &hub_ids {
+            assert!(
+                warnings.iter().any(|warning| warning
+                    .contains(&format!("model `{id}` (revision main) is not cached"))
+                    && warning.contains(&format!("huggingface-cli download {id}"))),
+                "{name}: no not-cached warning for {id}: {warnings:#?}"
+            );
+        }
+    }
+}
+
+/// Prompts per shard and per batch of the extraction memory test.
+const MEMORY_SHARD_SIZE: usize = 8;
+/// Tokens of every prompt in the extraction memory test, template included.
+const MEMORY_PROMPT_TOKENS: usize = 16;
+
+/// Writes a spec that stores every layer of the first `prompts` prompts of
+/// `data/normal.csv`, in shards of [`MEMORY_SHARD_SIZE`] prompts, one batch
+/// per shard. Left truncation cuts every prompt to its last
+/// [`MEMORY_PROMPT_TOKENS`] tokens. Every batch then has the same shape, so a
+/// longer run differs from a shorter one only in its number of shards.
+fn write_sharded_spec(dir: &Path, prompts: usize) -> PathBuf {
+    let spec = format!(
+        "name: memory-test\n\
+         output: {output}\n\
+         models:\n  - path: {model}\n    name: {MODEL_NAME}\n    dtype: f32\n    devices: [cpu]\n    template: model\n\
+         datasets:\n\
+         \x20 normal: {{path: {data}/normal.csv, column: prompt, limit: {prompts}}}\n\
+         tokenize:\n  max_tokens: {MEMORY_PROMPT_TOKENS}\n  truncation: left\n\
+         extract:\n  layers: all\n  positions: last\n  batch_size: {MEMORY_SHARD_SIZE}\n  shard_size: {MEMORY_SHARD_SIZE}\n",
+        output = dir.join("out").display(),
+        model = model_file().display(),
+        data = repo().join("data").display(),
+    );
+    let path = dir.join("spec.yaml");
+    std::fs::write(&path, spec).unwrap();
+    path
+}
+
+/// Runs the tokenize and extract stages of `prompts` prompts in a process of
+/// their own and returns the extract stage's manifest.
+fn extract_manifest(name: &str, prompts: usize) -> serde_json::Value {
+    let dir = temp_dir(name);
+    let spec = write_sharded_spec(&dir, prompts);
+    // The other tests start `ihs` processes at the same time. With one
+    // libtorch thread per process, OpenMP threads do not wait on each other
+    // for a core: on 2 cores shared with other runs, extraction was 5 times
+    // faster with one thread than with two.
+    //
+    // glibc's malloc keeps freed memory resident and hands it out again, so
+    // by default a leak hides in the memory that the model load freed. With
+    // allocations of 4 KiB and more mapped on their own and returned when
+    // freed, and a single arena, the RSS follows the memory in use.
+    let output = Command::new(env!("CARGO_BIN_EXE_ihs"))
+        .arg("run")
+        .arg(&spec)
+        .env("RUST_LOG", "warn")
+        .env("OMP_NUM_THREADS", "1")
+        .env(
+            "GLIBC_TUNABLES",
+            "glibc.malloc.mmap_threshold=4096:glibc.malloc.arena_max=1",
+        )
+        .output()
+        .expect("the ihs binary starts");
+    assert!(
+        output.status.success(),
+        "ihs run {} failed:\n{}\n{}",
+        spec.display(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let manifest = dir.join(format!("out/{MODEL_NAME}/extract/manifest.json"));
+    serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap()
+}
+
+fn metric(manifest: &serde_json::Value, name: &str) -> f64 {
+    manifest["metrics"][name]
+        .as_f64()
+        .unwrap_or_else(|| panic!("the extract manifest has no metric {name}: {manifest}"))
+}
+
+#[test]
+fn extract_memory_does_not_grow_with_shards() {
+    let few_shards = 2;
+    let many_shards = 24;
+    let few = extract_manifest("memory-few", few_shards * MEMORY_SHARD_SIZE);
+    let many = extract_manifest("memory-many", many_shards * MEMORY_SHARD_SIZE);
+    assert_eq!(few["shards"]["count"], few_shards);
+    assert_eq!(many["shards"]["count"], many_shards);
+    assert_eq!(
+        many["rows"]["tokens_computed"],
+        many_shards * MEMORY_SHARD_SIZE * MEMORY_PROMPT_TOKENS,
+        "every prompt is cut to {MEMORY_PROMPT_TOKENS} tokens"
+    );
+
+    // A shard's stored states take 8 prompts x 31 layers x 576 x 4 bytes =
+    // 0.54 MiB. An extraction that kept them raised the peak after the load
+    // by 9.3 MiB from 2 to 24 shards, and the margin is about half of that.
+    // Without such a leak, the peaks of 3 runs of each spec were within
+    // 0.8 MiB of each other (glibc 2.36 on the 2-core development machine).
+    let margin_mib = 5.0;
+
+    // The whole process's peak is usually the model load's, which is the
+    // same in both runs. The peak after the load is what more shards would
+    // raise.
+    for name in ["shards_peak_rss_mib", "peak_rss_mib"] {
+        let (few_peak, many_peak) = (metric(&few, name), metric(&many, name));
+        assert!(
+            many_peak <= few_peak + margin_mib,
+            "{name} grew from {few_peak:.1} MiB with {few_shards} shards to {many_peak:.1} MiB \
+             with {many_shards} shards, more than the {margin_mib} MiB margin"
+        );
+    }
 }
