@@ -502,43 +502,45 @@ impl Runner<'_> {
 
         let mut results = GraftResults::default();
         for range in &batches {
+            ctx.check_stop()?;
             let rows = &sequences[range.clone()];
             let batch = self.batch(rows)?;
-            let mut points: Vec<(i32, Option<Graft>)> = vec![(BASELINE_LAYER, None)];
-            for &layer in layers {
-                let source = &sources[&layer];
-                let states = match prompts.source {
-                    GraftSource::Mean => source.expand([range.len() as i64, -1], false),
-                    GraftSource::Paired => source.narrow(0, range.start as i64, range.len() as i64),
-                };
-                let graft = Graft {
-                    layer,
-                    target: GraftTarget::Last,
-                    states,
-                };
-                points.push((layer as i32, Some(graft)));
-            }
-
-            for (layer, graft) in points {
+            let grafts: Vec<Graft> = layers
+                .iter()
+                .map(|&layer| {
+                    let source = &sources[&layer];
+                    let states = match prompts.source {
+                        GraftSource::Mean => source.expand([range.len() as i64, -1], false),
+                        GraftSource::Paired => {
+                            source.narrow(0, range.start as i64, range.len() as i64)
+                        }
+                    };
+                    Graft {
+                        layer,
+                        target: GraftTarget::Last,
+                        states,
+                    }
+                })
+                .collect();
+            // One pass without a graft, then one per graft layer, each
+            // resuming from the first pass's residual stream after its layer.
+            let logits = self
+                .model
+                .forward_grafts(&batch, &grafts)
+                .map_err(|error| GraftError::Forward(Box::new(error)))?;
+            let points = std::iter::once((BASELINE_LAYER, None, &logits.baseline)).chain(
+                grafts
+                    .iter()
+                    .zip(&logits.grafted)
+                    .map(|(graft, logits)| (graft.layer as i32, Some(graft), logits)),
+            );
+            for (layer, graft, logits) in points {
                 ctx.check_stop()?;
-                let continuation_graft = graft
-                    .as_ref()
-                    .map(|graft| (graft.layer, graft.states.shallow_clone()));
-                let request = ForwardRequest {
-                    layers: Layers::None,
-                    position: Position::Last,
-                    graft,
-                    logits: true,
-                };
-                let output = self
-                    .model
-                    .forward(&batch, &request)
-                    .map_err(|error| GraftError::Forward(Box::new(error)))?;
-                let logits = output.logits.expect("logits were requested");
-                let ranked = top_k(&logits, self.section.top_k)?;
+                let ranked = top_k(logits, self.section.top_k)?;
                 let continuations = if self.section.continuation_tokens > 0 {
                     let first: Vec<u32> = ranked.iter().map(|list| list[0].0).collect();
-                    self.continue_greedy(rows, first, continuation_graft.as_ref(), ctx)?
+                    let graft = graft.map(|graft| (graft.layer, graft.states.shallow_clone()));
+                    self.continue_greedy(rows, first, graft.as_ref(), ctx)?
                 } else {
                     Vec::new()
                 };

@@ -221,14 +221,7 @@ pub(crate) fn run(
     }
 
     let logits = if request.logits {
-        let last = Gather::new(batch, Position::Last, hidden.device())?;
-        let normed = decoder.final_norm(&last.select(&hidden).squeeze_dim(1));
-        Some(
-            decoder
-                .lm_head(&normed)
-                .to_kind(Kind::Float)
-                .to_device(decoder.device_map().first()),
-        )
+        Some(next_token_logits(decoder, batch, &hidden)?)
     } else {
         None
     };
@@ -238,6 +231,81 @@ pub(crate) fn run(
         states,
         logits,
     })
+}
+
+/// Returns `[batch, vocab]` f32 logits on the first device at each row's
+/// last real token of the final residual stream `hidden`.
+fn next_token_logits(decoder: &dyn Decoder, batch: &Batch, hidden: &Tensor) -> Result<Tensor> {
+    let last = Gather::new(batch, Position::Last, hidden.device())?;
+    let normed = decoder.final_norm(&last.select(hidden).squeeze_dim(1));
+    Ok(decoder
+        .lm_head(&normed)
+        .to_kind(Kind::Float)
+        .to_device(decoder.device_map().first()))
+}
+
+/// The next-token logits of a batch without a graft and with each of a list
+/// of grafts.
+#[derive(Debug)]
+pub struct GraftedLogits {
+    /// `[batch, vocab]` f32 logits of the pass without a graft.
+    pub baseline: Tensor,
+    /// `[batch, vocab]` f32 logits of each graft, in the order given.
+    pub grafted: Vec<Tensor>,
+}
+
+/// Runs `batch` once without a graft and once per graft of `grafts`, each
+/// pass giving next-token logits.
+///
+/// A graft after block `l` leaves the residual stream before it unchanged,
+/// so the passes with a graft start from the residual stream after block
+/// `l` of the pass without one and run only blocks `l + 1` to `L`. The
+/// kernels and shapes are those of [`run`], so the logits are the same as
+/// those of one [`run`] per graft, at a fraction of the cost. The residual
+/// stream after each distinct graft layer is kept for the whole batch
+/// until the last graft has run.
+pub(crate) fn run_grafts(
+    decoder: &dyn Decoder,
+    batch: &Batch,
+    grafts: &[Graft],
+) -> Result<GraftedLogits> {
+    let num_layers = decoder.num_layers();
+    let prepared = grafts
+        .iter()
+        .map(|graft| PreparedGraft::new(graft, batch, num_layers))
+        .collect::<Result<Vec<_>>>()?;
+    let mut resume_layers: Vec<usize> = prepared.iter().map(|graft| graft.layer).collect();
+    resume_layers.sort_unstable();
+    resume_layers.dedup();
+
+    let _no_grad = tch::no_grad_guard();
+    let context = decoder.prepare(batch);
+    let mut kept: Vec<(usize, Tensor)> = Vec::with_capacity(resume_layers.len());
+    let mut hidden = decoder.embed(&batch.input_ids);
+    for index in 0..=num_layers {
+        if index > 0 {
+            hidden = decoder.block(index - 1, &hidden, &context);
+        }
+        if resume_layers.binary_search(&index).is_ok() {
+            kept.push((index, hidden.shallow_clone()));
+        }
+    }
+    let baseline = next_token_logits(decoder, batch, &hidden)?;
+
+    let mut grafted = Vec::with_capacity(prepared.len());
+    for graft in &prepared {
+        let start = kept
+            .iter()
+            .find(|(layer, _)| *layer == graft.layer)
+            .map(|(_, state)| state)
+            .expect("the residual stream after every graft layer is kept");
+        let mut hidden = graft.apply(start);
+        for index in graft.layer + 1..=num_layers {
+            hidden = decoder.block(index - 1, &hidden, &context);
+        }
+        grafted.push(next_token_logits(decoder, batch, &hidden)?);
+    }
+    Ok(GraftedLogits { baseline, grafted })
 }
 
 fn capture_indices(layers: &Layers, num_layers: usize) -> Result<Vec<usize>> {

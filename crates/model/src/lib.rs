@@ -32,7 +32,9 @@ use tch::{Device, Kind, Tensor};
 pub use batch::{Batch, PaddingSide};
 pub use chat::{Builtin, Message, SpecialTokens};
 pub use config::{BlockLayout, Family, MlpKind, ModelConfig, NormKind, RopeScaling};
-pub use decoder::{ForwardOutput, ForwardRequest, Graft, GraftTarget, Layers, Position};
+pub use decoder::{
+    ForwardOutput, ForwardRequest, Graft, GraftTarget, GraftedLogits, Layers, Position,
+};
 pub use device::{parse_device, DeviceMap, Dtype};
 pub use error::{ModelError, Result};
 pub use gguf_tokenizer::tokenizer_from_gguf;
@@ -159,6 +161,17 @@ impl CausalLm {
     /// Runs one forward pass without autograd.
     pub fn forward(&self, batch: &Batch, request: &ForwardRequest) -> Result<ForwardOutput> {
         decoder::run(self.decoder.as_ref(), batch, request)
+    }
+
+    /// Computes the next-token logits of `batch` without a graft and with
+    /// each of `grafts`. The logits equal those of one [`forward`] per graft,
+    /// but a pass with a graft after block `l` reuses the blocks up to `l`
+    /// of the pass without one. Memory: the residual stream of the whole
+    /// batch after each distinct graft layer is held until the end.
+    ///
+    /// [`forward`]: Self::forward
+    pub fn forward_grafts(&self, batch: &Batch, grafts: &[Graft]) -> Result<GraftedLogits> {
+        decoder::run_grafts(self.decoder.as_ref(), batch, grafts)
     }
 
     /// Reads states through the logit lens: `lm_head(final_norm(h))` in the

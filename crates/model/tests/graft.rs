@@ -154,3 +154,67 @@ fn graft_with_wrong_batch_size_is_rejected() {
     let message = model.forward(&batch, &request).unwrap_err().to_string();
     assert!(message.contains("expected [1, hidden]"), "{message}");
 }
+
+#[test]
+fn grafts_from_kept_states_match_full_passes() {
+    let model = load("llama2", Dtype::F32);
+    let (_, sequences) = prompts();
+    let batch = Batch::new(&sequences, PaddingSide::Left, 0).unwrap();
+    let rows = sequences.len() as i64;
+    let blocks = model.num_layers();
+    // Two grafts share layer 1 and use different sources, so each graft pass
+    // must start from a fresh copy of the kept state.
+    let layers = [blocks, 1, 0, 1];
+    let grafts = || {
+        layers
+            .iter()
+            .enumerate()
+            .map(|(seed, &layer)| {
+                tch::manual_seed(seed as i64);
+                Graft {
+                    layer,
+                    target: GraftTarget::Last,
+                    states: Tensor::randn([rows, 64], (tch::Kind::Float, tch::Device::Cpu)),
+                }
+            })
+            .collect::<Vec<_>>()
+    };
+
+    let together = model.forward_grafts(&batch, &grafts()).unwrap();
+    assert_eq!(together.grafted.len(), layers.len());
+    let plain = run(&model, &batch, None, Position::Last);
+    assert_eq!(
+        max_abs_diff(plain.logits.as_ref().unwrap(), &together.baseline),
+        0.0
+    );
+    for (graft, logits) in grafts().into_iter().zip(&together.grafted) {
+        let layer = graft.layer;
+        let alone = run(&model, &batch, Some(graft), Position::Last);
+        let alone = alone.logits.as_ref().unwrap();
+        assert_eq!(
+            max_abs_diff(alone, logits),
+            0.0,
+            "graft after block {layer}"
+        );
+        assert!(
+            max_abs_diff(alone, &together.baseline) > 0.0,
+            "the graft after block {layer} changed nothing"
+        );
+    }
+}
+
+#[test]
+fn grafts_reject_layer_past_last_block() {
+    let model = load("llama2", Dtype::F32);
+    let batch = Batch::new(&[vec![1, 5, 9]], PaddingSide::Left, 0).unwrap();
+    let graft = Graft {
+        layer: model.num_layers() + 1,
+        target: GraftTarget::Last,
+        states: Tensor::zeros([1, 64], (tch::Kind::Float, tch::Device::Cpu)),
+    };
+    let message = model
+        .forward_grafts(&batch, &[graft])
+        .unwrap_err()
+        .to_string();
+    assert!(message.contains("does not exist"), "{message}");
+}
