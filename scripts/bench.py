@@ -719,14 +719,21 @@ def render_device(f):
         "### Scaling with the prompt count (each prompt repeated)",
         "",
         f"The 1x row is the extraction above; the other rows are {f['scale_repeats']} run(s) each.",
+        "A scale repeats every prompt, so its decoder FLOPs are the scale times those of 1x.",
+        "Repeated prompts fill the length-sorted batches with prompts of equal length, so the",
+        "larger scales spend less of the forward passes on padding, which the roofline column",
+        "(the fraction of the roofline above) shows.",
         "",
-        "| scale | prompts | tokens | extract forward s | prompts/s | extract peak RSS (MiB) | probe s | probe peak RSS (MiB) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| scale | prompts | tokens | extract forward s | prompts/s | roofline | "
+        "extract peak RSS (MiB) | probe s | probe peak RSS (MiB) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in f["scaling"]:
+        gflops = f["decoder_gflop"] * row["scale"] / row["extract_forward_seconds"]["median"]
         lines.append(
             f"| {row['scale']}x | {row['prompts']} | {row['tokens']} | "
             f"{fmt(row['extract_forward_seconds'])} | {row['extract_prompts_per_s']:.1f} | "
+            f"{100 * gflops / f['roofline']['gflops_median']:.0f}% | "
             f"{row['extract_peak_rss_mib']['median']:.0f} | {fmt(row['probe_seconds'])} | "
             f"{peak(row['probe_peak_rss_mib'])} |")
     lines.append("")
