@@ -280,25 +280,25 @@ pub(crate) fn run_grafts(
 
     let _no_grad = tch::no_grad_guard();
     let context = decoder.prepare(batch);
-    let mut kept: Vec<(usize, Tensor)> = Vec::with_capacity(resume_layers.len());
+    let mut resume_states: Vec<(usize, Tensor)> = Vec::with_capacity(resume_layers.len());
     let mut hidden = decoder.embed(&batch.input_ids);
     for index in 0..=num_layers {
         if index > 0 {
             hidden = decoder.block(index - 1, &hidden, &context);
         }
         if resume_layers.binary_search(&index).is_ok() {
-            kept.push((index, hidden.shallow_clone()));
+            resume_states.push((index, hidden.shallow_clone()));
         }
     }
     let baseline = next_token_logits(decoder, batch, &hidden)?;
 
     let mut grafted = Vec::with_capacity(prepared.len());
     for graft in &prepared {
-        let start = kept
+        let start = resume_states
             .iter()
             .find(|(layer, _)| *layer == graft.layer)
             .map(|(_, state)| state)
-            .expect("the residual stream after every graft layer is kept");
+            .expect("the residual stream after every graft layer is stored");
         let mut hidden = graft.apply(start);
         for index in graft.layer + 1..=num_layers {
             hidden = decoder.block(index - 1, &hidden, &context);
