@@ -515,10 +515,11 @@ fn write_sharded_spec(dir: &Path, prompts: usize) -> PathBuf {
 fn extract_manifest(name: &str, prompts: usize) -> serde_json::Value {
     let dir = temp_dir(name);
     let spec = write_sharded_spec(&dir, prompts);
+
     // The other tests start `ihs` processes at the same time. With one
     // libtorch thread per process, OpenMP threads do not wait on each other
-    // for a core: on 2 cores shared with other runs, extraction was 5 times
-    // faster with one thread than with two.
+    // for a core. In one measurement on 2 shared cores, extraction was about
+    // 5 times faster with one thread than with two.
     //
     // glibc's malloc keeps freed memory resident and hands it out again, so
     // by default a leak hides in the memory that the model load freed. With
@@ -535,6 +536,7 @@ fn extract_manifest(name: &str, prompts: usize) -> serde_json::Value {
         )
         .output()
         .expect("the ihs binary starts");
+
     assert!(
         output.status.success(),
         "ihs run {} failed:\n{}\n{}",
